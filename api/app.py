@@ -1,0 +1,36 @@
+"""The FastAPI application factory. Routes are declared with their full /api/... paths."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import health
+from executor import __version__
+from executor.logs import configure_logging
+from executor.runtime import Runtime
+
+
+def create_app(runtime: Runtime | None = None) -> FastAPI:
+    """Build the app. Settings and the engine are created on first use, not here."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await app.state.runtime.aclose()
+
+    configure_logging()
+    app = FastAPI(
+        title="WhatsApp Executor",
+        version=__version__,
+        # A redirect would drop the Authorization header on some clients and confuse crons.
+        redirect_slashes=False,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime or Runtime()
+    install_error_handlers(app)
+    app.include_router(health.router)
+    return app
