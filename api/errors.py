@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -47,10 +50,10 @@ _HTTP_CODES = {
 }
 
 
-def describe_validation_errors(errors: list[dict[str, object]] | object) -> str:
+def describe_validation_errors(errors: Sequence[Any]) -> str:
     """A readable summary of pydantic errors that never repeats the input values."""
     parts: list[str] = []
-    for error in errors if isinstance(errors, list) else []:
+    for error in errors:
         loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
         parts.append(f"{loc or 'body'}: {error.get('msg', 'invalid')}")
         if len(parts) >= 10:

@@ -43,7 +43,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError:
-        raise ExecutorError("`executor serve` needs uvicorn: install the dev dependencies") from None
+        raise ExecutorError(
+            "`executor serve` needs uvicorn: install the dev dependencies"
+        ) from None
     from executor.logs import configure_logging
 
     configure_logging()
@@ -70,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    keygen = sub.add_parser("keygen", help="print fresh PHONE_HASH_KEY, PII_ENCRYPTION_KEY, secrets")
+    keygen = sub.add_parser(
+        "keygen", help="print fresh PHONE_HASH_KEY, PII_ENCRYPTION_KEY, secrets"
+    )
     keygen.set_defaults(handler=_cmd_keygen)
 
     db = sub.add_parser("db", help="database schema")

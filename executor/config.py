@@ -203,8 +203,7 @@ class Settings(BaseSettings):
         if (
             self.phone_hash_key is not None
             and self.pii_encryption_key is not None
-            and self.phone_hash_key.get_secret_value()
-            == self.pii_encryption_key.get_secret_value()
+            and self.phone_hash_key.get_secret_value() == self.pii_encryption_key.get_secret_value()
         ):
             problems.append("PHONE_HASH_KEY and PII_ENCRYPTION_KEY must differ")
         return problems

@@ -30,7 +30,8 @@ CONNECT_TIMEOUT_SECONDS = 5
 # process cannot hold locks for long, and UTC so timestamps never depend on the server.
 SESSION_SETUP_SQL = (
     f"SELECT set_config('statement_timeout', '{STATEMENT_TIMEOUT_MS}', false),"
-    f" set_config('idle_in_transaction_session_timeout', '{IDLE_IN_TRANSACTION_TIMEOUT_MS}', false),"
+    " set_config('idle_in_transaction_session_timeout',"
+    f" '{IDLE_IN_TRANSACTION_TIMEOUT_MS}', false),"
     " set_config('TimeZone', 'UTC', false)"
 )
 
@@ -44,7 +45,9 @@ def normalize_database_url(url: str) -> str:
     scheme = scheme.lower()
     if scheme in ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
         return "postgresql+psycopg://" + rest
-    raise ConfigError("DATABASE_URL: scheme must be postgres://, postgresql:// or postgresql+psycopg://")
+    raise ConfigError(
+        "DATABASE_URL: scheme must be postgres://, postgresql:// or postgresql+psycopg://"
+    )
 
 
 def libpq_url(url: str) -> str:

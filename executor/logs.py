@@ -46,9 +46,7 @@ def redact_value(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        return {
-            redact_text(str(k)): redact_value(v, _depth + 1) for k, v in value.items()
-        }
+        return {redact_text(str(k)): redact_value(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [redact_value(v, _depth + 1) for v in value]
     if isinstance(value, int | float | bool) or value is None:

@@ -195,5 +195,7 @@ circuit_breakers = Table(
     # Half-open: who holds the single probe, and until when (a dead prober frees it).
     Column("probe_until", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    CheckConstraint("state IN ('closed', 'open', 'half_open')", name="circuit_breakers_state_valid"),
+    CheckConstraint(
+        "state IN ('closed', 'open', 'half_open')", name="circuit_breakers_state_valid"
+    ),
 )

@@ -93,11 +93,11 @@ def test_pilot_lists_are_case_and_accent_insensitive(monkeypatch: pytest.MonkeyP
 
 
 def test_rollout_problems_name_variables() -> None:
-    s = Settings(executor_enabled=True, cron_secret="short")  # type: ignore[arg-type]
+    s = Settings(executor_enabled=True, cron_secret="short")
     problems = " ".join(s.rollout_problems())
     for name in ("CRON_SECRET", "CHATEA_API_URL", "CHATEA_API_KEY", "CHATEA_DEVICE_ID"):
         assert name in problems
-    ok = Settings(  # type: ignore[call-arg]
+    ok = Settings(
         cron_secret="x" * 20,
         executor_enabled=True,
         chatea_api_url="https://api.chatea.example",

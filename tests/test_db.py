@@ -24,7 +24,10 @@ from tests.conftest import TABLES, make_settings
     [
         ("postgres://u:p@h:5432/db", "postgresql+psycopg://u:p@h:5432/db"),
         ("postgresql://u:p@h/db?sslmode=require", "postgresql+psycopg://u:p@h/db?sslmode=require"),
-        ("postgresql://postgres@/db?host=/tmp/sock", "postgresql+psycopg://postgres@/db?host=/tmp/sock"),
+        (
+            "postgresql://postgres@/db?host=/tmp/sock",
+            "postgresql+psycopg://postgres@/db?host=/tmp/sock",
+        ),
         ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
     ],
 )
@@ -90,7 +93,9 @@ def test_session_timeouts_are_set(migrated_db_url: str) -> None:
     try:
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "15s"
-            assert conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar() == "30s"
+            assert (
+                conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar() == "30s"
+            )
             assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
     finally:
         engine.dispose()
