@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import health
+from api.routes import actions, admin, cron, dashboard, health, optouts
+from api.vercel_path import VercelPathMiddleware
 from executor import __version__
 from executor.logs import configure_logging
 from executor.runtime import Runtime
@@ -32,5 +33,12 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.runtime = runtime or Runtime()
     install_error_handlers(app)
+    # vercel.json rewrites send every route to one function; keep the path the client used.
+    app.add_middleware(VercelPathMiddleware)
     app.include_router(health.router)
+    app.include_router(cron.router)
+    app.include_router(actions.router)
+    app.include_router(optouts.router)
+    app.include_router(admin.router)
+    app.include_router(dashboard.router)
     return app

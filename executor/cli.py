@@ -7,13 +7,19 @@ never the answer to bad input or a missing database.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import json
 import os
 import secrets
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-from executor.errors import ExecutorError
+from sqlalchemy.exc import SQLAlchemyError
+
+from executor.errors import ExecutorError, InputError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -37,6 +43,88 @@ def _cmd_db_upgrade(_: argparse.Namespace) -> int:
     revision = upgrade(resolve_database_url(load_settings()))
     print(f"database schema at revision {revision}")
     return EXIT_OK
+
+
+def _engine_and_settings() -> tuple[Any, Any]:
+    from executor.config import load_settings
+    from executor.db import create_async_db_engine, resolve_database_url
+
+    settings = load_settings()
+    return create_async_db_engine(resolve_database_url(settings)), settings
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from executor.db import check_schema
+    from executor.run import run_executor
+
+    async def go() -> dict[str, Any]:
+        engine, settings = _engine_and_settings()
+        try:
+            await check_schema(engine)
+            result = await run_executor(engine, settings, dry_run=args.dry_run)
+            return result.to_json()
+        finally:
+            await engine.dispose()
+
+    result = asyncio.run(go())
+    print(json.dumps(result, indent=2))
+    return EXIT_FAILURE if result["status"] == "FAILED" else EXIT_OK
+
+
+def _cmd_enqueue(args: argparse.Namespace) -> int:
+    from executor.db import check_schema
+    from executor.intake import MAX_ITEMS, intake_actions, parse_jsonl
+
+    path = Path(args.file)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {type(exc).__name__}") from None
+    items = parse_jsonl(lines)
+    if not items:
+        raise InputError(f"{path}: no actions in the file")
+
+    async def go() -> dict[str, int]:
+        engine, settings = _engine_and_settings()
+        totals = {"accepted": 0, "duplicates": 0, "rejected": 0}
+        try:
+            await check_schema(engine)
+            for start in range(0, len(items), MAX_ITEMS):
+                chunk = items[start : start + MAX_ITEMS]
+                result = await intake_actions(engine, settings, chunk)
+                totals["accepted"] += result.accepted
+                totals["duplicates"] += result.duplicates
+                totals["rejected"] += len(result.rejected)
+                for rejected in result.rejected:
+                    line = start + int(rejected["index"]) + 1
+                    print(f"item {line}: rejected: {rejected['error']}", file=sys.stderr)
+                print(
+                    f"enqueued {min(start + MAX_ITEMS, len(items))}/{len(items)}", file=sys.stderr
+                )
+        finally:
+            await engine.dispose()
+        return totals
+
+    totals = asyncio.run(go())
+    print(json.dumps(totals))
+    return EXIT_FAILURE if totals["rejected"] and not totals["accepted"] else EXIT_OK
+
+
+def _cmd_status(_: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from executor.config import load_settings
+    from executor.status_report import collect_status, render_status, status_exit_code
+
+    status = asyncio.run(collect_status(load_settings()))
+    render_status(status, Console())
+    return status_exit_code(status)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from executor.demo import run_demo
+
+    return run_demo()
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -87,6 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     serve.set_defaults(handler=_cmd_serve)
 
+    run = sub.add_parser("run", help="run the executor once and print the RunResult")
+    run.add_argument("--dry-run", action="store_true", help="evaluate everything, send nothing")
+    run.set_defaults(handler=_cmd_run)
+
+    enqueue = sub.add_parser("enqueue", help="add planned actions from a JSON-lines file")
+    enqueue.add_argument("file", help="one action object per line (the POST /api/actions items)")
+    enqueue.set_defaults(handler=_cmd_enqueue)
+
+    status = sub.add_parser("status", help="what happened: last run, 24 h metrics, breaker")
+    status.set_defaults(handler=_cmd_status)
+
+    demo = sub.add_parser("demo", help="embedded Postgres + sandbox + sample actions + a run")
+    demo.set_defaults(handler=_cmd_demo)
+
     sandbox = sub.add_parser("sandbox", help="serve a local Chatea sandbox provider")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8025)
@@ -105,6 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ExecutorError as exc:
         print(f"executor: error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except SQLAlchemyError as exc:
+        # Never the SQL text or its parameters: the class name says enough to act on.
+        print(
+            f"executor: error: database error ({type(exc).__name__}); is DATABASE_URL "
+            "reachable and migrated (`executor db upgrade`)?",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
