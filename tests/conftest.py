@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from executor.config import Settings
 from executor.db import create_async_db_engine, libpq_url, normalize_database_url
 
+pytest_plugins = ["tests.pii_guard"]
+
 TEST_CRON_SECRET = "cron-secret-for-tests-0123456789"
 TEST_ADMIN_SECRET = "admin-secret-for-tests-0123456789"
 TEST_PHONE_HASH_KEY = "Y3Jvbi1zZWNyZXQtZm9yLXRlc3RzLTAxMjM0NTY3ODk="
