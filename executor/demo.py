@@ -118,7 +118,7 @@ def _result_table(dry: RunResult, real: RunResult) -> Table:
 
 
 async def _demo(console: Console, database_url: str, sandbox_url: str) -> int:
-    base = {
+    base: dict[str, Any] = {
         "database_url": database_url,
         "chatea_api_url": sandbox_url,
         "chatea_api_key": "demo-api-key-" + secrets.token_hex(8),

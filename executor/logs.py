@@ -31,7 +31,7 @@ PHONE_PATTERN = re.compile(
     r"\(?3\d{2}\)?[\s.\-]?\d{3}[\s.\-]?\d{4}"
     r"(?![0-9A-Fa-f])"
 )
-UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 # Generic international numbers in E.164 form (another country's phone is still a phone).
 E164_PATTERN = re.compile(r"\+\d{10,15}(?!\d)")
 

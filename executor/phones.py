@@ -1,8 +1,9 @@
 """Phone numbers: normalization, keyed hashing, encryption at rest, and resolution for a send.
 
-A phone lives in clear only in memory, for the send that needs it. At rest it is Fernet-encrypted
-(``PII_ENCRYPTION_KEY``) in ``recipients``, keyed by ``phone_hash`` = HMAC-SHA256(``PHONE_HASH_KEY``,
-E.164). Plain SHA-256 would not do: the 10⁹ Colombian mobiles are brute-forced in minutes.
+A phone lives in clear only in memory, for the send that needs it. At rest it is
+Fernet-encrypted (``PII_ENCRYPTION_KEY``) in ``recipients``, keyed by ``phone_hash`` =
+HMAC-SHA256(``PHONE_HASH_KEY``, E.164). Plain SHA-256 would not do: the 10⁹ Colombian mobiles
+are brute-forced in minutes.
 
 No error raised here repeats the number it was given. ``phonenumbers`` and ``cryptography`` are
 imported on first use: a cold start that serves no intake does not pay for them.

@@ -13,6 +13,7 @@ point leaves rows that the next run recovers (lease expiry -> UNKNOWN, never res
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -211,8 +212,9 @@ class _RuleState:
     guide_pairs: set[tuple[str, str]] = field(default_factory=set)
     opted_out: set[str] = field(default_factory=set)
 
-    def absorb(self, facts: Iterable[Row[Any]]) -> None:
-        for kind, k1, k2, n in facts:
+    def absorb(self, facts: Iterable[Any]) -> None:
+        for row in facts:
+            kind, k1, k2, n = row[0], row[1], row[2], row[3]
             if kind == "phone":
                 self.phone_counts[k1] += int(n)
             elif kind == "guide":
@@ -813,10 +815,8 @@ async def run_executor(
             )
             error = await _execute(pipeline, settings, effective_dry_run)
             counters = pipeline.counters
-            try:
+            with contextlib.suppress(SQLAlchemyError):
                 counters.remaining_today = await pipeline.remaining_today()
-            except SQLAlchemyError:
-                pass
             status = run_status(counters, dry_run=effective_dry_run, error=error)
             duration_ms = int((time.monotonic() - started) * 1000)
             async with conn.begin():

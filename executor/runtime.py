@@ -6,6 +6,7 @@ Both are built on first use, never at import time, and then kept for the life of
 
 from __future__ import annotations
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from executor.config import Settings, load_settings
@@ -13,7 +14,14 @@ from executor.db import check_schema, create_async_db_engine, resolve_database_u
 
 
 class Runtime:
-    def __init__(self, settings: Settings | None = None, engine: AsyncEngine | None = None):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        engine: AsyncEngine | None = None,
+        chatea_transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        # A transport seam: tests and the playbook check route HTTP to a fake or the sandbox.
+        self.chatea_transport = chatea_transport
         self._settings = settings
         self._engine = engine
         self._database_url: str | None = None

@@ -103,7 +103,9 @@ async def enqueue(engine: AsyncEngine, settings: Settings, items: list[dict[str,
 
 async def statuses(engine: AsyncEngine) -> dict[str, str]:
     async with engine.connect() as conn:
-        rows = await conn.execute(text("SELECT guide || '/' || idempotency_key, status FROM actions"))
+        rows = await conn.execute(
+            text("SELECT guide || '/' || idempotency_key, status FROM actions")
+        )
         return {k: v for k, v in rows}
 
 

@@ -103,9 +103,7 @@ def test_unset_or_short_secret_refuses_everything(clean_db: str, secret: str | N
 def test_admin_secret_falls_back_to_cron_secret(clean_db: str) -> None:
     settings = make_settings(clean_db, admin_secret=None)
     with client_for(settings) as c:
-        response = c.post(
-            "/api/actions", headers=CRON, json={"actions": [action("G1", PHONES[1])]}
-        )
+        response = c.post("/api/actions", headers=CRON, json={"actions": [action("G1", PHONES[1])]})
     assert response.status_code == 200
 
 
@@ -184,16 +182,8 @@ def test_duplicate_cron_calls_one_runs_others_409(clean_db: str) -> None:
             json={"actions": [action(f"G{i}", PHONES[i]) for i in range(4)]},
         )
 
-    import executor.run as run_module
-
-    original = run_module.run_executor
-
-    async def with_provider(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("chatea_transport", provider.transport)
-        return await original(*args, **kwargs)
-
     async def fire() -> list[httpx.Response]:
-        app = create_app(Runtime(settings))
+        app = create_app(Runtime(settings, chatea_transport=provider.transport))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             return list(
@@ -202,13 +192,7 @@ def test_duplicate_cron_calls_one_runs_others_409(clean_db: str) -> None:
                 )
             )
 
-    import api.routes.cron as cron_route
-
-    cron_route.run_executor = with_provider  # type: ignore[assignment]
-    try:
-        responses = asyncio.run(fire())
-    finally:
-        cron_route.run_executor = original  # type: ignore[assignment]
+    responses = asyncio.run(fire())
     codes = sorted(r.status_code for r in responses)
     assert codes == [200, 409, 409, 409, 409]
     conflict = next(r for r in responses if r.status_code == 409).json()

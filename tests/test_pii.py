@@ -34,7 +34,7 @@ async def test_no_table_holds_a_plaintext_phone(engine: AsyncEngine, clean_db: s
     leaks: list[str] = []
     with psycopg.connect(libpq_url(clean_db)) as conn:
         for table in metadata.tables:
-            rows = conn.execute(f"SELECT t::text FROM {table} t").fetchall()  # noqa: S608
+            rows = conn.execute(f"SELECT t::text FROM {table} t").fetchall()
             assert rows or table in ("circuit_breakers",), f"{table} is empty: scan proves nothing"
             for (row,) in rows:
                 for phone in PHONES[:3]:
@@ -68,14 +68,26 @@ GUARDED_TEST = textwrap.dedent(
 
 @pytest.mark.parametrize("leaky", [True, False])
 def test_pii_guard_fails_the_session_on_a_leak(tmp_path: Path, leaky: bool) -> None:
-    source = GUARDED_TEST if leaky else GUARDED_TEST.split("def test_prints_a_phone")[0] + (
-        "def test_clean():\n    print('guía 240012345678')\n"
+    source = (
+        GUARDED_TEST
+        if leaky
+        else GUARDED_TEST.split("def test_prints_a_phone")[0]
+        + ("def test_clean():\n    print('guía 240012345678')\n")
     )
     (tmp_path / "test_guarded.py").write_text(source)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "tests.pii_guard", "-p", "no:cacheprovider",
-         str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "tests.pii_guard",
+            "-p",
+            "no:cacheprovider",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         env=env,

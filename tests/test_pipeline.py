@@ -72,10 +72,10 @@ async def test_sends_due_actions_and_records_everything(engine: AsyncEngine, cle
             ("SENT", "wamid.test", 1, None)
         }
         events = (
-            await conn.execute(
-                text("SELECT status FROM action_events ORDER BY action_id, id")
-            )
-        ).scalars().all()
+            (await conn.execute(text("SELECT status FROM action_events ORDER BY action_id, id")))
+            .scalars()
+            .all()
+        )
         assert events == ["SENDING", "SENT"] * 3
         run_row = (await conn.execute(text("SELECT status, sent, config FROM executor_runs"))).one()
     assert run_row.status == "SUCCESS" and run_row.sent == 3
@@ -370,7 +370,9 @@ async def test_pilot_scope_is_case_and_accent_insensitive_and_exact(
         [action(f"G{i}", PHONES[i], city=c, carrier=k) for i, (c, k) in enumerate(cities)],
     )
     result = await run(engine, settings, provider)
-    sent_cities = {r["template"]["components"][0]["parameters"][2]["text"] for r in provider.requests}
+    sent_cities = {
+        r["template"]["components"][0]["parameters"][2]["text"] for r in provider.requests
+    }
     assert sent_cities == expected_sent
     assert result.counters.skipped_pilot == len(cities) - len(expected_sent)
     assert (await status_counts(engine))["PLANNED"] == len(cities) - len(expected_sent)
@@ -441,7 +443,7 @@ async def test_precheck_failures(engine: AsyncEngine, clean_db: str) -> None:
     assert result.counters.failed_precheck == 3 and result.counters.sent == 1
     assert result.status == "PARTIAL"
     async with engine.connect() as conn:
-        codes = dict(
+        codes: dict[str, str | None] = dict(
             (await conn.execute(text("SELECT guide, error_code FROM actions"))).fetchall()
         )
     assert codes == {
@@ -529,7 +531,7 @@ async def test_phone_lookup_source(engine: AsyncEngine, clean_db: str) -> None:
     assert provider.requests[0]["to"] == "+573105550142"
     assert seen and all(h == "Bearer " + "t" * 20 for h in seen)
     async with engine.connect() as conn:
-        rows = dict(
+        rows: dict[str, str | None] = dict(
             (await conn.execute(text("SELECT guide, error_code FROM actions"))).fetchall()
         )
         hashed = (
@@ -551,8 +553,10 @@ async def test_abandoned_running_row_is_closed(engine: AsyncEngine, clean_db: st
     await run(engine, settings, FakeProvider())
     async with engine.connect() as conn:
         statuses = (
-            await conn.execute(text("SELECT status FROM executor_runs ORDER BY started_at"))
-        ).scalars().all()
+            (await conn.execute(text("SELECT status FROM executor_runs ORDER BY started_at")))
+            .scalars()
+            .all()
+        )
     assert statuses == ["FAILED", "NOOP"]
 
 
