@@ -447,6 +447,8 @@ class _Pipeline:
                 slots = 1 if permit.probe else self.settings.chatea_concurrency
                 claimed, exhausted = await self.claim_batch(slots)
                 if not claimed:
+                    if permit.probe:
+                        await breaker.release_probe()
                     if exhausted:
                         self.counters.skipped_rate_limit += await self._count_due_in_scope()
                         log.info("run.rate_limited")
@@ -454,6 +456,9 @@ class _Pipeline:
                 sends = await self.apply_rules(claimed)
                 sends += await self.resolve_by_lookup(claimed)
                 if not sends:
+                    if permit.probe:
+                        # The probe found nothing to send: let the next claim probe instead.
+                        await breaker.release_probe()
                     continue
                 _maybe_kill("after_claim")
                 results = await self.send_all(client, sends)

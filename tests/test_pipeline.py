@@ -572,3 +572,32 @@ async def test_business_day_is_bogota_not_utc(engine: AsyncEngine, clean_db: str
         ).scalar_one()
     assert day == datetime.now(UTC).astimezone(settings.timezone).date()
     assert day == (datetime.now(UTC) - timedelta(hours=5)).date()
+
+
+async def test_unused_half_open_probe_is_handed_back(engine: AsyncEngine, clean_db: str) -> None:
+    settings = run_settings(clean_db, circuit_breaker_threshold=1, chatea_concurrency=1)
+    provider = FakeProvider()
+    # Oldest due: a duplicate of an already-sent guide (skipped, no HTTP); then a real send.
+    await enqueue(engine, settings, [action("DUP", key="k1")])
+    await run(engine, settings, provider)
+    await enqueue(engine, settings, [action("DUP", PHONES[1], key="k2")])
+    await enqueue(engine, settings, [action("NEXT", PHONES[2])])
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE actions SET next_attempt_at = now() - interval '1 hour'"
+                " WHERE idempotency_key = 'k2'"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO circuit_breakers (device_id, state, consecutive_failures, open_until)"
+                " VALUES ('device-1', 'open', 1, now() - interval '1 second')"
+            )
+        )
+    result = await run(engine, settings, provider)
+    # The probe slot was first used by the duplicate; handed back, the next action probed.
+    assert result.counters.skipped_duplicate == 1 and result.counters.sent == 1
+    async with engine.connect() as conn:
+        state = (await conn.execute(text("SELECT state FROM circuit_breakers"))).scalar_one()
+    assert state == "closed"
