@@ -16,7 +16,9 @@ from executor.errors import (
     DatabaseError,
     ExecutorError,
     InputError,
+    NotFound,
     RunLockBusy,
+    StateConflict,
 )
 from executor.logs import get_logger
 
@@ -79,8 +81,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ExecutorError)
     async def _executor(_: Request, exc: ExecutorError) -> JSONResponse:
-        if isinstance(exc, RunLockBusy):
+        if isinstance(exc, RunLockBusy | StateConflict):
             status = 409
+        elif isinstance(exc, NotFound):
+            status = 404
         elif isinstance(exc, InputError):
             status = 422
         elif isinstance(exc, ConfigError | DatabaseError):

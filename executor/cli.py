@@ -121,6 +121,46 @@ def _cmd_status(_: argparse.Namespace) -> int:
     return status_exit_code(status)
 
 
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from executor.db import check_schema
+    from executor.reconcile import reconcile_action
+
+    outcome = args.outcome.replace("-", "_")
+
+    async def go() -> str:
+        engine, _ = _engine_and_settings()
+        try:
+            await check_schema(engine)
+            return await reconcile_action(engine, args.action_id, outcome, args.note)
+        finally:
+            await engine.dispose()
+
+    print(f"action {args.action_id} is now {asyncio.run(go())}")
+    return EXIT_OK
+
+
+def _cmd_unknown(args: argparse.Namespace) -> int:
+    from executor.db import check_schema
+    from executor.reconcile import list_unknown
+
+    async def go() -> list[dict[str, Any]]:
+        engine, _ = _engine_and_settings()
+        try:
+            await check_schema(engine)
+            return await list_unknown(engine, args.limit)
+        finally:
+            await engine.dispose()
+
+    actions = asyncio.run(go())
+    for item in actions:
+        print(
+            f"{item['id']}  guide={item['guide']}  trigger={item['trigger']}  "
+            f"code={item['errorCode']}  at={item['executedAt']}"
+        )
+    print(f"{len(actions)} UNKNOWN action(s)", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from executor.demo import run_demo
 
@@ -185,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="what happened: last run, 24 h metrics, breaker")
     status.set_defaults(handler=_cmd_status)
+
+    unknown = sub.add_parser("unknown", help="list UNKNOWN actions waiting for reconciliation")
+    unknown.add_argument("--limit", type=int, default=50)
+    unknown.set_defaults(handler=_cmd_unknown)
+
+    reconcile = sub.add_parser("reconcile", help="record what Chatea says about an UNKNOWN action")
+    reconcile.add_argument("action_id", help="the action id (Chatea's reference)")
+    reconcile.add_argument("outcome", choices=["delivered", "not-delivered"])
+    reconcile.add_argument("--note", default=None, help="why (kept in the audit trail)")
+    reconcile.set_defaults(handler=_cmd_reconcile)
 
     demo = sub.add_parser("demo", help="embedded Postgres + sandbox + sample actions + a run")
     demo.set_defaults(handler=_cmd_demo)

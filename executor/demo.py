@@ -20,6 +20,7 @@ from sqlalchemy import text
 from executor.config import Settings
 from executor.db import create_async_db_engine, normalize_database_url
 from executor.intake import intake_actions
+from executor.logs import configure_logging
 from executor.run import RunResult, run_executor
 
 DEMO_DATABASE = "executor_demo"
@@ -175,11 +176,13 @@ async def _demo(console: Console, database_url: str, sandbox_url: str) -> int:
 
 
 def run_demo() -> int:
+    # The demo prints tables; the JSON event log stays available with LOG_LEVEL=INFO.
+    configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     from executor.embedded_pg import start_embedded_postgres
     from executor.migrate import upgrade
     from executor.sandbox import start_sandbox
 
-    console = Console()
+    console = Console(width=max(100, Console().width))
     if os.environ.get("DATABASE_URL"):
         database_url = normalize_database_url(os.environ["DATABASE_URL"])
         console.print("Database: DATABASE_URL (its tables are emptied for the demo)")

@@ -8,7 +8,9 @@ Every message is safe to show to an operator: no phone number, no secret, no SQL
     │   ├── DatabaseUnavailable     the database cannot be reached
     │   └── SchemaNotReady          migrations have not been applied (`executor db upgrade`)
     ├── RunLockBusy                 another run holds the run lock
+    ├── StateConflict               the action is not in a state that allows the change
     ├── InputError                  bad input from a client, file or upstream
+    │   ├── NotFound                the named action does not exist
     │   ├── PhoneError              a phone number is missing or not a Colombian mobile
     │   └── TemplateError
     │       ├── UnknownTemplate         the trigger names no known template
@@ -49,8 +51,16 @@ class RunLockBusy(ExecutorError):
     code = "conflict"
 
 
+class StateConflict(ExecutorError):
+    code = "conflict"
+
+
 class InputError(ExecutorError):
     code = "invalid_input"
+
+
+class NotFound(InputError):
+    code = "not_found"
 
 
 class PhoneError(InputError):
