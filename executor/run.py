@@ -118,13 +118,13 @@ class RunResult:
 
 
 def run_status(counters: RunCounters, *, dry_run: bool, error: str | None) -> RunStatus:
-    """NOOP: nothing was due. FAILED: the run failed, or nothing attempted succeeded.
+    """NOOP: nothing in scope was due. FAILED: the run failed, or nothing attempted succeeded.
     PARTIAL: failures beside sends. SUCCESS: no failure."""
     if error is not None:
         return "FAILED"
     failures = counters.failed_4xx + counters.failed_5xx + counters.unknown
     failures += counters.failed_precheck
-    if counters.planned == 0 and failures == 0 and counters.expired == 0:
+    if counters.planned == counters.skipped_pilot and failures == 0 and counters.expired == 0:
         return "NOOP"
     if dry_run:
         return "SUCCESS"
@@ -257,6 +257,7 @@ class _Pipeline:
             "carriers": list(settings.pilot_carriers),
         }
         self._resolver: PhoneResolver | None = None
+        self.in_scope_due = 0
 
     # ---- shared steps ------------------------------------------------------------------
 
@@ -285,7 +286,9 @@ class _Pipeline:
     async def count_due(self) -> None:
         async with self.conn.begin():
             row = (await self.conn.execute(q.COUNT_DUE, self.scope)).one()
-        self.counters.planned = int(row.in_scope)
+        # planned = every due PLANNED action; those outside the pilot are skippedPilot.
+        self.counters.planned = int(row.due)
+        self.in_scope_due = int(row.in_scope)
         self.counters.skipped_pilot = int(row.due) - int(row.in_scope)
 
     async def _count_due_in_scope(self) -> int:
@@ -358,7 +361,7 @@ class _Pipeline:
         if snapshot.state == "open" and (
             snapshot.open_until is None or snapshot.open_until > datetime.now(UTC)
         ):
-            self.counters.skipped_circuit_open = self.counters.planned
+            self.counters.skipped_circuit_open = self.in_scope_due
             return
         async with self.conn.begin():
             used_today, used_minute = await self._quota_used()
@@ -415,9 +418,9 @@ class _Pipeline:
                     state.phone_counts[row.phone_hash] += 1
             last = page[-1]
             after_at, after_id = last.next_attempt_at, last.id
-            if self.counters.would_send >= allowance and seen < self.counters.planned:
+            if self.counters.would_send >= allowance and seen < self.in_scope_due:
                 # Everything left in scope is over the allowance; no need to read it.
-                self.counters.skipped_rate_limit += self.counters.planned - seen
+                self.counters.skipped_rate_limit += self.in_scope_due - seen
                 break
 
     def _count_skip(self, status: str) -> None:
@@ -874,7 +877,7 @@ async def _execute(pipeline: _Pipeline, settings: Settings, dry_run: bool) -> st
         if not dry_run:
             await pipeline.housekeeping()
         await pipeline.count_due()
-        if pipeline.counters.planned == 0:
+        if pipeline.in_scope_due == 0:
             return None
         if dry_run:
             await pipeline.dry_run_pass()

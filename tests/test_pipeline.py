@@ -42,7 +42,7 @@ def assert_adds_up(result: RunResult, *, unknown_from_sends: int | None = None) 
     body = result.to_json()
     unknown = body["unknown"] if unknown_from_sends is None else unknown_from_sends
     handled = sum(body[k] for k in COUNTER_KEYS) + unknown + body["wouldSend"]
-    assert handled == body["planned"] + body["skippedPilot"], body
+    assert handled == body["planned"], body
 
 
 async def run(engine: AsyncEngine, settings: Any, provider: FakeProvider, **kw: Any) -> RunResult:
@@ -467,6 +467,7 @@ async def test_breaker_open_sends_nothing_and_keeps_actions_planned(
     assert first.counters.skipped_circuit_open == 6 - first.counters.failed_5xx
     second = await run(engine, settings, FakeProvider())
     assert second.counters.skipped_circuit_open == second.counters.planned > 0
+    assert second.counters.skipped_pilot == 0
     assert second.counters.sent == 0
     counts = await status_counts(engine)
     assert counts["PLANNED"] == 6 and "SENDING" not in counts
