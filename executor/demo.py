@@ -199,6 +199,14 @@ def run_demo() -> int:
             f" {stats['duplicates']} duplicates"
         )
     console.print(
-        "Next: `uv run executor serve` and open http://127.0.0.1:8000/admin, or read PLAYBOOK.md."
+        "\n[bold]Browse the demo data[/bold] in the dashboard (any secret of 16+ characters):\n"
+        + (
+            "  export ADMIN_SECRET=pick-a-demo-secret-123   # DATABASE_URL as for the demo\n"
+            if os.environ.get("DATABASE_URL")  # never print a URL that may hold a password
+            else f"  export DATABASE_URL='{database_url}' ADMIN_SECRET=pick-a-demo-secret-123\n"
+        )
+        + "  python3 .ci/uv.py run executor serve   # open http://127.0.0.1:8000/admin\n"
+        "Operators: PLAYBOOK.md.",
+        soft_wrap=True,
     )
     return code
