@@ -159,7 +159,7 @@ def test_every_playbook_command_works(live_app: dict[str, str]) -> None:
         ran += 1
     assert ran == len(playbook_commands()) >= 12
     with psycopg.connect(libpq_url(env["DATABASE_URL"])) as conn:
-        states = dict(
+        states: dict[str, str] = dict(
             conn.execute("SELECT id::text, status FROM actions WHERE guide LIKE 'PB-U%'").fetchall()
         )
     assert states[env["ACTION_ID"]] == "SENT"

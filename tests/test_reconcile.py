@@ -71,7 +71,7 @@ def test_list_and_reconcile_unknown_actions(clean_db: str) -> None:
     details = [e["detail"] for a in trail["actions"] for e in a["events"]]
     assert any("reconciled by operator: delivered" in (d or "") for d in details)
     with psycopg.connect(libpq_url(clean_db)) as conn:
-        rows = dict(conn.execute("SELECT guide, status FROM actions").fetchall())
+        rows: dict[str, str] = dict(conn.execute("SELECT guide, status FROM actions").fetchall())
     assert rows == {"U1": "SENT", "U2": "PLANNED", "OK": "PLANNED"}
 
 
