@@ -20,10 +20,18 @@ saw (from ``before_send``, ``record`` or ``snapshot``) was closed with 0 failure
 common case and halves the breaker's writes. When that view is stale the skipped write could
 only have reset a count or closed the breaker, so skipping errs toward opening, never toward
 sending more. A half-open probe always writes (its permit said half_open).
+
+Connections: by default every call opens its own connection (the engines use ``NullPool``, so
+that is a connect and a session setup each time). A run passes its work ``connection`` instead:
+a call then joins the transaction open on it (committed with the caller's work, e.g. the permit
+in the same transaction as the claim it allows) or, when none is open, runs in a short
+transaction of its own on that connection.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -156,12 +164,14 @@ class CircuitBreaker:
         threshold: int,
         reset_seconds: float,
         probe_lease_seconds: float,
+        connection: AsyncConnection | None = None,
     ) -> None:
         if threshold < 1:
             raise ValueError("threshold must be at least 1")
         if reset_seconds <= 0 or probe_lease_seconds <= 0:
             raise ValueError("reset_seconds and probe_lease_seconds must be positive")
         self._engine = engine
+        self._connection = connection
         self.device_id = device_id
         self.threshold = threshold
         self.reset_seconds = float(reset_seconds)
@@ -170,18 +180,38 @@ class CircuitBreaker:
         self._last_seen: BreakerSnapshot | None = None
 
     @classmethod
-    def from_settings(cls, engine: AsyncEngine, settings: Settings) -> CircuitBreaker:
+    def from_settings(
+        cls,
+        engine: AsyncEngine,
+        settings: Settings,
+        connection: AsyncConnection | None = None,
+    ) -> CircuitBreaker:
         return cls(
             engine,
             device_id=settings.device_id,
             threshold=settings.circuit_breaker_threshold,
             reset_seconds=settings.circuit_breaker_reset_seconds,
             probe_lease_seconds=settings.lease_seconds,
+            connection=connection,
         )
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction: a new one per call, or the shared connection (joining
+        the caller's open transaction, else in a transaction of its own)."""
+        conn = self._connection
+        if conn is None:
+            async with self._engine.begin() as new:
+                yield new
+        elif conn.in_transaction():
+            yield conn
+        else:
+            async with conn.begin():
+                yield conn
 
     async def before_send(self) -> BreakerPermit:
         """May one request go out now? ``probe=True`` for the single half-open trial."""
-        async with self._engine.begin() as conn:
+        async with self._transaction() as conn:
             row = (
                 await conn.execute(
                     _BEFORE_SEND_SQL,
@@ -205,6 +235,16 @@ class CircuitBreaker:
             allowed=state == CLOSED, probe=False, state=state, open_until=open_until
         )
 
+    def closed_permit_from_last_state(self) -> BreakerPermit | None:
+        """The permit ``before_send`` would give, without a round trip, when the last state this
+        instance read or wrote was closed (a closed breaker allows a send with no transition).
+        Only the caller can know that nobody else wrote the breaker since (executor.run: it
+        holds the run lock and re-reads within a second); None when the last state was not
+        closed or is unknown."""
+        if self._last_seen is not None and self._last_seen.state == CLOSED:
+            return BreakerPermit(allowed=True, probe=False, state=CLOSED, open_until=None)
+        return None
+
     async def record(self, outcome: Outcome) -> BreakerSnapshot:
         """Record the outcome of one send; returns the state after it."""
         if outcome not in _RECORD_SQL:
@@ -217,7 +257,7 @@ class CircuitBreaker:
             "reset": self.reset_seconds,
         }
         statement = _RECORD_SQL[outcome]
-        async with self._engine.begin() as conn:
+        async with self._transaction() as conn:
             row = (await conn.execute(statement, params)).first()
             if row is None:
                 await self._ensure_row(conn)
@@ -236,11 +276,11 @@ class CircuitBreaker:
         Without it an unused probe blocks sending until its lease (``probe_lease_seconds``)
         expires. Only the holder of a ``probe=True`` permit should call this.
         """
-        async with self._engine.begin() as conn:
+        async with self._transaction() as conn:
             await conn.execute(_RELEASE_PROBE_SQL, {"device_id": self.device_id})
 
     async def snapshot(self) -> BreakerSnapshot:
-        async with self._engine.connect() as conn:
+        async with self._transaction() as conn:
             row = (await conn.execute(_SNAPSHOT_SQL, {"device_id": self.device_id})).first()
         snapshot = _CLOSED_SNAPSHOT if row is None else BreakerSnapshot(row[0], row[1], row[2])
         self._last_seen = snapshot

@@ -1,7 +1,11 @@
 """Database engines: URL normalization, serverless-safe settings, schema readiness.
 
-Every engine uses ``NullPool``: on Vercel a process may freeze between invocations and a pooled
+Connections are never reused: on Vercel a process may freeze between invocations and a pooled
 connection would go stale; a transaction pooler (PgBouncer, Neon, Supavisor) does the pooling.
+Sync engines use ``NullPool``. The async engine (requests and runs) uses
+:class:`FreshConnectionPool`: the same fresh connection per checkout, but at most
+``MAX_CONNECTIONS`` open at once per process, so a burst of requests on a long-lived server
+(``executor serve``) waits for a connection instead of exhausting ``max_connections``.
 Prepared statements are off (``prepare_threshold=None``) because transaction poolers break them.
 """
 
@@ -13,14 +17,19 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
 
 from executor.config import Settings
 from executor.errors import ConfigError, DatabaseUnavailable, SchemaNotReady
 
 # Head revision of executor/migrations; a test keeps the two in step. Checking it needs no
 # alembic import on the request path (cold starts).
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
+
+# Connections one process may hold open at once (a run needs two: its lock and its work).
+MAX_CONNECTIONS = 10
+# How long a checkout waits for one of them before failing.
+CONNECTION_WAIT_SECONDS = 30.0
 
 STATEMENT_TIMEOUT_MS = 15_000
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
@@ -83,9 +92,27 @@ def _install_session_timeouts(engine: Engine) -> None:
         dbapi_conn.commit()
 
 
+class FreshConnectionPool(AsyncAdaptedQueuePool):
+    """A bounded ``NullPool``: every checkout gets a new connection, closed when it is returned,
+    and at most ``pool_size`` are open at once (a further checkout waits up to ``timeout``)."""
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        try:
+            record.close()  # the slot goes back to the queue empty: the next checkout connects
+        finally:
+            super()._do_return_conn(record)
+
+
 def create_async_db_engine(url: str) -> AsyncEngine:
     url = normalize_database_url(url)
-    engine = create_async_engine(url, poolclass=NullPool, connect_args=_connect_args(url))
+    engine = create_async_engine(
+        url,
+        poolclass=FreshConnectionPool,
+        pool_size=MAX_CONNECTIONS,
+        max_overflow=0,
+        pool_timeout=CONNECTION_WAIT_SECONDS,
+        connect_args=_connect_args(url),
+    )
     _install_session_timeouts(engine.sync_engine)
     return engine
 

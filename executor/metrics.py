@@ -5,9 +5,11 @@ serverless instances (or the CLI and the dashboard) always agree. Each statement
 indexed column so its cost follows the size of its result, not of the history:
 
 - ``executor_runs.started_at``            (24 h totals, business days, recent runs)
-- ``actions.executed_at`` WHERE quota     (rate limiter, unknown backlog)
+- ``actions (send_day, phone_hash)`` WHERE quota (today's sends and phones, index-only)
+- ``actions.executed_at`` WHERE quota     (rate limiter: the rolling minute)
+- ``actions.executed_at`` WHERE UNKNOWN   (unknown backlog, index-only)
 - ``actions.next_attempt_at`` WHERE PLANNED (queue)
-- ``actions.updated_at``                  (top failure reasons)
+- ``actions.updated_at`` WHERE FAILED/UNKNOWN, with error_code (top failure reasons, index-only)
 - ``action_events.created_at``            (hourly series)
 - ``actions.guide`` / ``action_events (action_id, id)`` (audit trail of one guía)
 
@@ -81,22 +83,20 @@ BUSINESS_DAY_SQL = text(
     """
 )
 
-# Quota use (SENDING, SENT, UNKNOWN) today and in the rolling minute, from the partial index
-# ix_actions_quota_time. `send_day` is the business day the pipeline stamped on the attempt and
-# decides "today" exactly; the executed_at range (one hour of slack on each side of the day, in
-# case the stamp and the clock disagree near midnight) only lets the index skip older history.
+# Quota use (SENDING, SENT, UNKNOWN) today and in the rolling minute. `send_day` is the business
+# day the pipeline stamped on the attempt and decides "today" exactly: today's sends and unique
+# phones are index-only counts on ix_actions_quota_day (send_day, phone_hash), the rolling
+# minute a range of ix_actions_quota_time. (:day_start and :day_end are not needed any more.)
 RATE_LIMITER_SQL = text(
     """
-    SELECT count(*) FILTER (WHERE send_day = CAST(:today AS date)) AS sent_today,
-           count(DISTINCT phone_hash) FILTER (WHERE send_day = CAST(:today AS date))
-               AS unique_phones_today,
-           count(*) FILTER (WHERE executed_at > now() - interval '60 seconds')
-               AS sent_this_minute
-    FROM actions
-    WHERE status IN ('SENDING', 'SENT', 'UNKNOWN')
-      AND executed_at >= least(CAST(:day_start AS timestamptz) - interval '1 hour',
-                               now() - interval '60 seconds')
-      AND executed_at < CAST(:day_end AS timestamptz) + interval '1 hour'
+    SELECT t.sent_today, t.unique_phones_today,
+           (SELECT count(*) FROM actions
+            WHERE status IN ('SENDING', 'SENT', 'UNKNOWN')
+              AND executed_at > now() - interval '60 seconds') AS sent_this_minute
+    FROM (SELECT count(*) AS sent_today, count(DISTINCT phone_hash) AS unique_phones_today
+          FROM actions
+          WHERE status IN ('SENDING', 'SENT', 'UNKNOWN') AND send_day = CAST(:today AS date)
+         ) AS t
     """
 )
 
@@ -122,7 +122,7 @@ QUEUE_SQL = text(
 )
 
 # Actions left UNKNOWN (never auto-resent: they wait for an operator) whose attempt was in the
-# last UNKNOWN_WINDOW_DAYS days; bounded by ix_actions_quota_time (UNKNOWN is a quota status).
+# last UNKNOWN_WINDOW_DAYS days: an index-only count on ix_actions_unknown.
 UNKNOWN_WINDOW_DAYS = 7
 UNKNOWN_BACKLOG_SQL = text(
     f"""
@@ -132,7 +132,7 @@ UNKNOWN_BACKLOG_SQL = text(
     """
 )
 
-# Why actions failed in the last 24 h (ix_actions_updated_at), most frequent first.
+# Why actions failed in the last 24 h, most frequent first (index-only on ix_actions_failures).
 TOP_FAILURE_REASONS_SQL = text(
     """
     SELECT coalesce(error_code, 'UNSPECIFIED') AS reason, count(*) AS count
@@ -154,7 +154,7 @@ RECENT_RUNS_SQL = text(
 )
 
 # Sends and failures per clock hour over the last 24 hourly buckets (the current hour last),
-# from the event history (ix_action_events_created_at). Empty hours are zero, not missing.
+# from the event history (index-only on ix_action_events_outcomes). Empty hours are zero.
 HOURLY_SERIES_SQL = text(
     """
     WITH ev AS (

@@ -77,9 +77,11 @@ actions = Table(
         name="actions_status_valid",
     ),
     CheckConstraint("NOT (variables ? 'phone')", name="actions_variables_no_phone"),
+    # The claim reads due actions in (next_attempt_at, id) order: LIMIT n reads n entries.
     Index(
         "ix_actions_due",
         "next_attempt_at",
+        "id",
         postgresql_where=text("status = 'PLANNED'"),
     ),
     Index(
@@ -93,6 +95,8 @@ actions = Table(
         postgresql_where=text("status = 'SENDING'"),
     ),
     Index("ix_actions_quota_time", "executed_at", postgresql_where=text(_QUOTA_SQL)),
+    # Today's quota (every claim) and today's unique phones (status): index-only counts.
+    Index("ix_actions_quota_day", "send_day", "phone_hash", postgresql_where=text(_QUOTA_SQL)),
     Index(
         "ix_actions_quota_phone_day",
         "phone_hash",
@@ -108,6 +112,14 @@ actions = Table(
     ),
     Index("ix_actions_updated_at", "updated_at"),
     Index("ix_actions_guide", "guide"),
+    # Status route: the UNKNOWN backlog and the last 24 h's failure reasons (index-only).
+    Index("ix_actions_unknown", "executed_at", postgresql_where=text("status = 'UNKNOWN'")),
+    Index(
+        "ix_actions_failures",
+        "updated_at",
+        postgresql_include=["error_code"],
+        postgresql_where=text("status IN ('FAILED', 'UNKNOWN')"),
+    ),
 )
 
 action_events = Table(
@@ -129,6 +141,13 @@ action_events = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_action_events_action", "action_id", "id"),
     Index("ix_action_events_created_at", "created_at"),
+    # The dashboard's hourly sends and failures: index-only over the last 24 h of outcomes.
+    Index(
+        "ix_action_events_outcomes",
+        "created_at",
+        postgresql_include=["status"],
+        postgresql_where=text("status IN ('SENT', 'FAILED', 'UNKNOWN')"),
+    ),
 )
 
 recipients = Table(
@@ -182,6 +201,8 @@ executor_runs = Table(
         name="executor_runs_status_valid",
     ),
     Index("ix_executor_runs_started_at", "started_at"),
+    # The one RUNNING run (run lock conflicts, abandoned-run cleanup) without a scan.
+    Index("ix_executor_runs_running", "started_at", postgresql_where=text("status = 'RUNNING'")),
 )
 
 circuit_breakers = Table(

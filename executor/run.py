@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import random
 import signal
+import ssl
+import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from sqlalchemy import Row
@@ -37,9 +40,14 @@ from executor.errors import ExecutorError, PhoneError, RunLockBusy, TemplateErro
 from executor.logs import bind_run, get_logger, redact_text, unbind_run
 from executor.phones import HttpPhoneLookup, PhoneResolver, PhoneVault, ResolvedPhone
 
+if TYPE_CHECKING:
+    from executor.breaker import BreakerPermit, CircuitBreaker
+
 log = get_logger("executor.run")
 
 RETRY_BACKOFF_SECONDS = (60.0, 300.0, 900.0)
+# How long a run holding the run lock trusts its own view of a closed breaker between reads.
+BREAKER_RECHECK_SECONDS = 1.0
 RETRY_JITTER = 0.1
 DRY_RUN_PAGE = 500
 # Test seam for the chaos suite: SIGKILL this process at a named point of the run.
@@ -223,6 +231,28 @@ class _RuleState:
                 self.opted_out.add(k1)
 
 
+def _fast_failing_sniffio() -> None:
+    """httpcore looks for the optional ``sniffio`` package on every lock it sets up, several
+    times per request; when it is not installed every attempt searches ``sys.path`` again
+    (about 0.5 ms each, the largest CPU cost of a send in the benchmarks). Recording it as
+    absent makes the ImportError immediate; nothing changes when it is installed."""
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
+_ssl_context: ssl.SSLContext | None = None
+
+
+def _chatea_transport(concurrency: int) -> httpx.AsyncBaseTransport:
+    """The transport ChateaClient would build for itself, with this process's one SSL context:
+    building a context loads the CA bundle (about 30 ms here, on every run otherwise)."""
+    global _ssl_context
+    if _ssl_context is None:
+        _ssl_context = httpx.create_ssl_context()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncHTTPTransport(verify=_ssl_context, limits=limits, retries=0)
+
+
 def _maybe_kill(point: str) -> None:
     if os.environ.get(KILL_AT_ENV) == point:
         log.warning("run.test_kill", point=point)
@@ -257,6 +287,11 @@ class _Pipeline:
             "carriers": list(settings.pilot_carriers),
         }
         self._resolver: PhoneResolver | None = None
+        # Set by run_executor: this run holds the run lock (see _breaker_permit).
+        self.holds_run_lock = False
+        self._breaker_read_at = float("-inf")
+        # The due-index key of the last claimed action: the next claim starts after it.
+        self._claimed_up_to: tuple[datetime | str, uuid.UUID] = ("-infinity", uuid.UUID(int=0))
         self.in_scope_due = 0
 
     # ---- shared steps ------------------------------------------------------------------
@@ -357,7 +392,8 @@ class _Pipeline:
         """The full rule pipeline, read-only, without HTTP: counts ``wouldSend``."""
         from executor.breaker import CircuitBreaker
 
-        snapshot = await CircuitBreaker.from_settings(self.engine, self.settings).snapshot()
+        breaker = CircuitBreaker.from_settings(self.engine, self.settings, connection=self.conn)
+        snapshot = await breaker.snapshot()
         if snapshot.state == "open" and (
             snapshot.open_until is None or snapshot.open_until > datetime.now(UTC)
         ):
@@ -434,113 +470,145 @@ class _Pipeline:
     # ---- real run ----------------------------------------------------------------------
 
     async def send_pass(self) -> None:
+        """Send with at most CHATEA_CONCURRENCY actions in flight: a sliding window.
+
+        Whenever sends complete, their outcomes are finalized and, if the breaker, the limits,
+        the budget and the backlog allow, as many new actions are claimed as slots are free.
+        Database work for one slot thus overlaps the HTTP calls of the others instead of
+        waiting for a whole batch; the claimed-but-unanswered actions of the run never exceed
+        the concurrency (claims only fill free slots, finalizes free them).
+        """
         from executor.breaker import CircuitBreaker
         from executor.chatea import ChateaClient
 
-        breaker = CircuitBreaker.from_settings(self.engine, self.settings)
-        async with ChateaClient.from_settings(
-            self.settings, transport=self.chatea_transport
-        ) as client:
-            while time.monotonic() < self.deadline:
-                permit = await breaker.before_send()
-                if not permit.allowed:
-                    self.counters.skipped_circuit_open += await self._count_due_in_scope()
-                    log.warning("run.circuit_open", state=permit.state)
-                    break
-                slots = 1 if permit.probe else self.settings.chatea_concurrency
-                claimed, exhausted = await self.claim_batch(slots)
-                if not claimed:
-                    if permit.probe:
-                        await breaker.release_probe()
-                    if exhausted:
-                        self.counters.skipped_rate_limit += await self._count_due_in_scope()
-                        log.info("run.rate_limited")
-                    break
-                sends = await self.apply_rules(claimed)
-                sends += await self.resolve_by_lookup(claimed)
-                if not sends:
-                    if permit.probe:
-                        # The probe found nothing to send: let the next claim probe instead.
-                        await breaker.release_probe()
-                    continue
-                _maybe_kill("after_claim")
-                results = await self.send_all(client, sends)
-                _maybe_kill("after_answer")
-                await self.finalize([self._outcome_for(s, r) for s, r in results])
-                opened = False
-                for _, result in results:
-                    snapshot = await breaker.record(self._breaker_outcome(result))
-                    opened = opened or snapshot.state == "open"
-                if opened:
-                    self.counters.skipped_circuit_open += await self._count_due_in_scope()
-                    log.warning("run.stopped_breaker_open")
-                    break
+        _fast_failing_sniffio()
+        # The breaker shares the work connection: no connect per permit or record.
+        breaker = CircuitBreaker.from_settings(self.engine, self.settings, connection=self.conn)
+        transport = self.chatea_transport or _chatea_transport(self.settings.chatea_concurrency)
+        async with ChateaClient.from_settings(self.settings, transport=transport) as client:
+            window = _SendWindow(self, client, breaker)
+            try:
+                await window.run()
+            except Exception:
+                await window.abandon()
+                raise
+            except BaseException:
+                window.cancel()
+                raise
+            if window.stopped_by_breaker:
+                self.counters.skipped_circuit_open += await self._count_due_in_scope()
+            elif window.rate_limited:
+                self.counters.skipped_rate_limit += await self._count_due_in_scope()
         if self._resolver is not None:
             await self._resolver.aclose()
 
-    async def claim_batch(self, slots: int) -> tuple[list[_Claimed], bool]:
-        """Claim up to the free allowance; (claimed, allowance_exhausted)."""
+    async def claim_batch(
+        self, breaker: CircuitBreaker, free_slots: int
+    ) -> tuple[BreakerPermit, list[_Claimed], list[_Send], bool]:
+        """One transaction per batch: the breaker's permit, then under the quota lock the claim
+        (quota counted, rule facts and phones read in the same statement) and the outcomes of the
+        actions the rules stop. Committed before any HTTP call.
+
+        Returns (permit, claimed, sends, allowance_exhausted). Actions with no stored phone but
+        a lookup source are claimed but left for resolve_by_lookup.
+        """
+        claimed: list[_Claimed] = []
+        try:
+            return await self._claim_in_tx(breaker, free_slots, claimed)
+        except BaseException:
+            # The claim rolled back with its transaction: nothing of it is ours to release.
+            for action in claimed:
+                self.unsent.pop(action.id, None)
+            raise
+
+    async def _claim_in_tx(
+        self, breaker: CircuitBreaker, free_slots: int, claimed: list[_Claimed]
+    ) -> tuple[BreakerPermit, list[_Claimed], list[_Send], bool]:
         async with self.conn.begin():
-            # Serializes count-then-claim across every runner: limits stay exact.
+            permit = await self._breaker_permit(breaker)
+            if not permit.allowed:
+                return permit, [], [], False
+            slots = 1 if permit.probe else free_slots
+            # Serializes count-then-claim across every runner: limits stay exact. A statement
+            # of its own, so that the claim's snapshot is taken once the lock is held.
             await self.conn.execute(q.TAKE_QUOTA_LOCK, {"key": q.QUOTA_LOCK_KEY})
-            used_today, used_minute = await self._quota_used()
-            allowance = min(slots, self._allowance(used_today, used_minute))
-            if allowance <= 0:
-                return [], True
             rows = await self.conn.execute(
                 q.CLAIM_DUE_ACTIONS,
                 {
                     **self.scope,
-                    "limit": allowance,
+                    "slots": slots,
+                    "daily_limit": self.settings.daily_send_limit,
+                    "minute_limit": self.settings.rate_limit_per_minute,
                     "lease_seconds": self.settings.lease_seconds,
                     "tz": self.settings.business_timezone,
                     "run_id": self.run_id,
+                    "after_at": self._claimed_up_to[0],
+                    "after_id": self._claimed_up_to[1],
                 },
             )
-            claimed = [_Claimed.from_row(r) for r in rows]
-        for action in claimed:
-            self.unsent[action.id] = action
-        if claimed:
+            allowance = 0
+            actions: list[Row[Any]] = []
+            facts: list[tuple[str, str | None, str | None, int]] = []
+            stored: dict[str, bytes] = {}
+            for row in rows:
+                if row.kind == "action":
+                    actions.append(row)
+                elif row.kind == "quota":
+                    allowance = int(row.n)
+                elif row.kind == "recipient":
+                    stored[row.phone_hash] = bytes(row.phone_encrypted)
+                elif row.kind == "guide":
+                    facts.append(("guide", row.guide, row.trigger, int(row.n)))
+                else:  # phone, opt_out
+                    facts.append((row.kind, row.phone_hash, None, int(row.n)))
+            actions.sort(key=lambda row: (row.next_attempt_at, row.id))  # oldest due first
+            claimed.extend(_Claimed.from_row(row) for row in actions)
+            if actions:
+                self._claimed_up_to = (actions[-1].next_attempt_at, actions[-1].id)
+            if not claimed:
+                return permit, [], [], allowance <= 0
             log.info("run.claimed", count=len(claimed), allowance=allowance)
-        return claimed, False
+            state = _RuleState()
+            state.absorb(facts)
+            for action in claimed:
+                self.unsent[action.id] = action
+            sends = await self.apply_rules(claimed, state, stored)
+        return permit, claimed, sends, False
 
-    async def apply_rules(self, claimed: list[_Claimed]) -> list[_Send]:
-        """Duplicate, opt-out, per-phone limit, template and phone prechecks for a batch.
+    async def _breaker_permit(self, breaker: CircuitBreaker) -> BreakerPermit:
+        """The breaker's permit for a claim. Every writer of the breaker is a run, and runs hold
+        the run lock: while this run holds it, the state this run last read or wrote is the
+        state, and a closed breaker needs no round trip. It is read again at least every
+        BREAKER_RECHECK_SECONDS anyway (a process frozen long enough may have lost its lock)."""
+        if (
+            self.holds_run_lock
+            and time.monotonic() - self._breaker_read_at < BREAKER_RECHECK_SECONDS
+        ):
+            permit = breaker.closed_permit_from_last_state()
+            if permit is not None:
+                return permit
+        self._breaker_read_at = time.monotonic()
+        return await breaker.before_send()
 
-        Runs under the quota lock so per-phone counts cannot race with another claimer.
-        Actions with no stored phone but a lookup source are left for resolve_by_lookup.
+    async def apply_rules(
+        self, claimed: list[_Claimed], state: _RuleState, stored: Mapping[str, bytes]
+    ) -> list[_Send]:
+        """Duplicate, opt-out, per-phone limit, template and phone prechecks for a batch, inside
+        the claim's transaction (under the quota lock, so per-phone counts cannot race with
+        another claimer). The actions they stop are finalized in the same transaction.
         """
         outcomes: list[_Outcome] = []
         sends: list[_Send] = []
-        async with self.conn.begin():
-            await self.conn.execute(q.TAKE_QUOTA_LOCK, {"key": q.QUOTA_LOCK_KEY})
-            state = _RuleState()
-            state.absorb(
-                await self.conn.execute(
-                    q.RULE_FACTS,
-                    {
-                        "tz": self.settings.business_timezone,
-                        "ids": [a.id for a in claimed],
-                        "hashes": sorted({a.phone_hash for a in claimed if a.phone_hash}),
-                        "guides": sorted({a.guide for a in claimed}),
-                    },
-                )
-            )
-            hashes = sorted({a.phone_hash for a in claimed if a.phone_hash})
-            stored: dict[str, bytes] = {}
-            if hashes:
-                fetched = await self.conn.execute(q.FETCH_RECIPIENTS, {"hashes": hashes})
-                stored = {h: bytes(token) for h, token in fetched}
-            for action in claimed:
-                if action.phone_hash is None and self.settings.phone_lookup_url:
-                    continue  # resolved by lookup after this transaction
-                outcome, send = self._judge(state, action, stored)
-                if outcome is not None:
-                    outcomes.append(outcome)
-                if send is not None:
-                    sends.append(send)
-            if outcomes:
-                await self._finalize_in_tx(outcomes)
+        for action in claimed:
+            if action.phone_hash is None and self.settings.phone_lookup_url:
+                continue  # resolved by lookup after this transaction
+            outcome, send = self._judge(state, action, stored)
+            if outcome is not None:
+                outcomes.append(outcome)
+            if send is not None:
+                sends.append(send)
+        if outcomes:
+            await self._finalize_in_tx(outcomes)
         return sends
 
     def _judge(
@@ -641,24 +709,20 @@ class _Pipeline:
                 await self._finalize_in_tx(outcomes)
         return sends
 
-    async def send_all(self, client: Any, sends: Sequence[_Send]) -> list[tuple[_Send, Any]]:
-        from executor.chatea import SendResult
+    def start_send(self, client: Any, send: _Send) -> asyncio.Task[Any]:
+        """The HTTP call of one claimed action, as a task (the caller caps how many run)."""
 
-        async def one(send: _Send) -> tuple[_Send, SendResult]:
+        async def one() -> Any:
             # From here the message may leave: never release this claim, let the lease decide.
             self.unsent.pop(send.action.id, None)
-            result = await client.send_template(
+            return await client.send_template(
                 action_id=str(send.action.id),
                 to=send.phone.e164,
                 template=send.action.trigger,
                 parameters=send.parameters,
             )
-            return send, result
 
-        if os.environ.get(KILL_AT_ENV) == "during_send":
-            asyncio.get_running_loop().call_later(0.05, _maybe_kill, "during_send")
-        # Batches never exceed CHATEA_CONCURRENCY, so gathering a batch is the concurrency cap.
-        return list(await asyncio.gather(*(one(s) for s in sends)))
+        return asyncio.create_task(one())
 
     def _outcome_for(self, send: _Send, result: Any) -> _Outcome:
         from executor.chatea import Permanent, Sent, Transient, Unknown
@@ -755,6 +819,171 @@ class _Pipeline:
             )
 
 
+# The window waits for the rest of its sends when one HTTP call takes less than this many
+# database cycles (see _SendWindow).
+COALESCE_FACTOR = 4.0
+
+
+def _average(current: float | None, sample: float, weight: float = 0.2) -> float:
+    """Exponential moving average; the first sample starts it."""
+    return sample if current is None else current + weight * (sample - current)
+
+
+class _SendWindow:
+    """The sliding window of one send pass (see _Pipeline.send_pass).
+
+    Refilling each slot as soon as it frees hides the database work behind the other slots'
+    HTTP calls, which pays when the provider is slow. When the provider answers faster than a
+    database cycle (finalize + claim) takes, refilling one slot at a time would spend a cycle
+    per send: the window then waits a moment (one cycle at most) for the rest of the sends in
+    flight and finalizes and refills them together. Both costs are measured as the run goes.
+    After a failed send the window drains before it claims again, so the breaker sees whole
+    batches of outcomes, as it did when every batch was sent and finalized as a whole.
+    """
+
+    def __init__(self, pipeline: _Pipeline, client: Any, breaker: CircuitBreaker) -> None:
+        self.p = pipeline
+        self.client = client
+        self.breaker = breaker
+        self.in_flight: dict[asyncio.Task[Any], _Send] = {}
+        self.started_at: dict[asyncio.Task[Any], float] = {}
+        # Moving averages (seconds): one HTTP call, one finalize, one claim.
+        self.send_s: float | None = None
+        self.finalize_s: float | None = None
+        self.claim_s: float | None = None
+        self.claiming = True  # until the breaker, the limits or the backlog say stop
+        self.probing = False  # our half-open probe is in flight: claim nothing until it ends
+        # A send failed (transient or unknown): refill nothing until the window has drained and
+        # every outcome is in the breaker, as a batch would; the next claim consults it again.
+        self.draining = False
+        self.stopped_by_breaker = False
+        self.rate_limited = False
+        self.kill_scheduled = False
+
+    async def run(self) -> None:
+        p = self.p
+        while True:
+            free = p.settings.chatea_concurrency - len(self.in_flight)
+            if not self.in_flight:
+                self.draining = False
+            if self.claiming and not self.probing and not self.draining and free > 0:
+                if time.monotonic() >= p.deadline:
+                    self.claiming = False  # the budget is spent: finish what is in flight
+                elif await self._claim(free):
+                    continue  # sends started or a batch was all skipped: fill what is free
+            if not self.in_flight:
+                return
+            await self._collect()
+
+    async def _claim(self, free: int) -> bool:
+        """Claim up to ``free`` actions and start their sends; False when claiming stopped."""
+        p = self.p
+        started = time.monotonic()
+        permit, claimed, sends, exhausted = await p.claim_batch(self.breaker, free)
+        self.claim_s = _average(self.claim_s, time.monotonic() - started)
+        if not permit.allowed:
+            self.claiming = False
+            self.stopped_by_breaker = True
+            log.warning("run.circuit_open", state=permit.state)
+            return False
+        if not claimed:
+            if permit.probe:
+                await self.breaker.release_probe()
+            self.claiming = False
+            if exhausted:
+                self.rate_limited = True
+                log.info("run.rate_limited")
+            return False
+        sends += await p.resolve_by_lookup(claimed)
+        if not sends:
+            if permit.probe:
+                # The probe found nothing to send: let the next claim probe instead.
+                await self.breaker.release_probe()
+            return True
+        _maybe_kill("after_claim")
+        if not self.kill_scheduled and os.environ.get(KILL_AT_ENV) == "during_send":
+            self.kill_scheduled = True
+            asyncio.get_running_loop().call_later(0.05, _maybe_kill, "during_send")
+        now = time.monotonic()
+        for send in sends:
+            task = p.start_send(self.client, send)
+            self.in_flight[task] = send
+            self.started_at[task] = now
+        self.probing = permit.probe
+        return True
+
+    def _provider_is_quick(self) -> bool:
+        if self.send_s is None or self.finalize_s is None or self.claim_s is None:
+            return False
+        return self.send_s < COALESCE_FACTOR * (self.finalize_s + self.claim_s)
+
+    async def _collect(self) -> None:
+        """Wait for sends to complete; finalize them and record them in the breaker."""
+        p = self.p
+        done, pending = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+        if pending and self._provider_is_quick():
+            assert self.finalize_s is not None and self.claim_s is not None
+            more, _ = await asyncio.wait(pending, timeout=self.finalize_s + self.claim_s)
+            done |= more
+        now = time.monotonic()
+        for task in done:
+            self.send_s = _average(self.send_s, now - self.started_at.pop(task, now))
+        if os.environ.get(KILL_AT_ENV) == "after_answer":
+            # The seam's point: every request in flight answered, no outcome written.
+            await asyncio.wait(self.in_flight)
+            _maybe_kill("after_answer")
+        results = [(self.in_flight.pop(task), task.result()) for task in done]
+        started = time.monotonic()
+        await p.finalize([p._outcome_for(send, result) for send, result in results])
+        self.finalize_s = _average(self.finalize_s, time.monotonic() - started)
+        self.probing = False
+        for _, result in results:
+            outcome = p._breaker_outcome(result)
+            self.draining = self.draining or outcome == "failure"
+            snapshot = await self.breaker.record(outcome)
+            if snapshot.state == "open" and not self.stopped_by_breaker:
+                self.claiming = False
+                self.stopped_by_breaker = True
+                log.warning("run.stopped_breaker_open")
+
+    def cancel(self) -> None:
+        """The run itself is cancelled: so are its HTTP calls (their leases decide)."""
+        for task in self.in_flight:
+            task.cancel()
+
+    async def abandon(self) -> None:
+        """The pass failed: let the sends in flight end, and record their outcomes if the
+        database still answers (otherwise their leases expire to UNKNOWN, never resent)."""
+        if not self.in_flight:
+            return
+        await asyncio.wait(self.in_flight)
+        results = [(send, task) for task, send in self.in_flight.items()]
+        self.in_flight.clear()
+        self.started_at.clear()
+        outcomes = [
+            self.p._outcome_for(send, task.result())
+            for send, task in results
+            if not task.cancelled() and task.exception() is None
+        ]
+        try:
+            await self.p.finalize(outcomes)
+        except Exception as exc:
+            log.error("run.finalize_failed", error=sanitize_error(exc))
+
+
+@contextlib.asynccontextmanager
+async def _opened(
+    conn: AsyncConnection, opening: asyncio.Task[Any]
+) -> AsyncIterator[AsyncConnection]:
+    """``conn`` once ``opening`` (its start) is done; closed on the way out."""
+    try:
+        await opening
+        yield conn
+    finally:
+        if conn.sync_connection is not None:
+            await conn.close()
+
+
 async def _acquire_run_lock(engine: AsyncEngine, settings: Settings) -> AsyncConnection:
     conn = await engine.connect()
     try:
@@ -796,9 +1025,18 @@ async def run_executor(
     effective_dry_run = dry_run or not settings.executor_enabled
     bind_run(str(run_id))
     started = time.monotonic()
-    lock_conn = await _acquire_run_lock(engine, settings) if use_run_lock else None
+    # The work connection opens while the run lock is taken on the other one.
+    work = engine.connect()
+    opening = asyncio.create_task(work.start())
     try:
-        async with engine.connect() as conn:
+        lock_conn = await _acquire_run_lock(engine, settings) if use_run_lock else None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            async with _opened(work, opening):
+                pass
+        raise
+    try:
+        async with _opened(work, opening) as conn:
             async with conn.begin():
                 started_at = (
                     await conn.execute(
@@ -821,6 +1059,7 @@ async def run_executor(
                 lookup_transport,
                 deadline=started + settings.run_time_budget_seconds,
             )
+            pipeline.holds_run_lock = lock_conn is not None
             error = await _execute(pipeline, settings, effective_dry_run)
             counters = pipeline.counters
             with contextlib.suppress(SQLAlchemyError):

@@ -143,26 +143,66 @@ QUOTA_USED = text(
     """
 )
 
-# The claim: one statement. Under the quota lock, it takes at most :limit due actions inside
-# the pilot scope, oldest due first; SKIP LOCKED lets other claimers pass over rows being taken.
-# The lease, a fresh attempt_id and attempts+1 are committed before any HTTP call, so a crash
-# can strand only the sends really in flight, and a late finalize can tell it lost the lease.
+# The claim: one statement, one round trip per batch. Under the quota lock (taken by the previous
+# statement, so this statement's snapshot sees every earlier claim), it counts the quota used
+# today and in the rolling minute, and takes at most least(:slots, what the limits leave) due
+# actions inside the pilot scope, oldest due first; SKIP LOCKED lets other claimers pass over
+# rows being taken. The lease, a fresh attempt_id and attempts+1 are committed before any HTTP
+# call, so a crash can strand only the sends really in flight, and a late finalize can tell it
+# lost the lease. Every claim appends its SENDING event.
+#
+# A run reads the due index from where its previous claim stopped ((:after_at, :after_id),
+# the last key it claimed; '-infinity' first): the entries behind it are this run's own claims,
+# dead in the partial index until vacuum, and rescanning them made every claim O(sent so far).
+# Nothing due is lost by it: retries and new actions are due later than any claimed key, and a
+# row skipped while another runner held it is claimed by the next run.
+#
+# The same statement returns what the per-action rules need for the batch (the RULE_FACTS
+# below, and the encrypted phones, whose retention clock it restarts). It reads them from the
+# statement's snapshot, in which the claimed rows are still PLANNED: the counts leave the batch
+# out by construction. Facts are looked up per phone and per guide of the batch (LATERAL), so
+# their cost follows the batch, whatever the planner's statistics say about today's sends.
+# Rows are tagged by `kind`:
+#   quota      allowance (always one row, even when nothing was claimed)
+#   action     a claimed action (id .. next_attempt_at); the caller orders them by
+#              (next_attempt_at, id): an ORDER BY here would double the planning time
+#   phone      quota already held today by a phone of the batch (phone_hash, n)
+#   guide      guide+trigger pairs already sent, sending or unknown today (guide, trigger)
+#   opt_out    a phone of the batch that opted out (phone_hash)
+#   recipient  an encrypted phone of the batch (phone_hash, phone_encrypted)
+_QUOTA = "status IN ('SENDING', 'SENT', 'UNKNOWN')"
+_TODAY = "(now() AT TIME ZONE :tz)::date"
 CLAIM_DUE_ACTIONS = text(
     f"""
-    WITH claimed AS (
+    WITH quota AS (
+        -- Each count stops at its limit (LIMIT): a full day costs O(limit), not O(history).
+        SELECT greatest(0, least(
+            CAST(:slots AS bigint),
+            CAST(:daily_limit AS bigint) - (SELECT count(*) FROM (
+                SELECT 1 FROM actions WHERE {_QUOTA} AND send_day = {_TODAY}
+                LIMIT CAST(:daily_limit AS bigint)) AS d),
+            CAST(:minute_limit AS bigint) - (SELECT count(*) FROM (
+                SELECT 1 FROM actions
+                WHERE {_QUOTA} AND executed_at > now() - interval '60 seconds'
+                LIMIT CAST(:minute_limit AS bigint)) AS m)
+        )) AS allowance
+    ),
+    claimed AS (
         UPDATE actions AS a
         SET status = 'SENDING',
             attempt_id = gen_random_uuid(),
             lease_until = now() + make_interval(secs => :lease_seconds),
             attempts = a.attempts + 1,
             executed_at = now(),
-            send_day = (now() AT TIME ZONE :tz)::date,
+            send_day = {_TODAY},
             updated_at = now()
         WHERE a.id IN (
             SELECT id FROM actions
             WHERE {_DUE_IN_SCOPE}
+              AND (next_attempt_at, id)
+                  > (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid))
             ORDER BY next_attempt_at, id
-            LIMIT :limit
+            LIMIT (SELECT allowance FROM quota)
             FOR UPDATE SKIP LOCKED
         )
         RETURNING a.id, a.attempt_id, a.guide, a.trigger, a.variables, a.phone_hash, a.attempts,
@@ -171,8 +211,46 @@ CLAIM_DUE_ACTIONS = text(
     audit AS (
         INSERT INTO action_events (action_id, run_id, status, attempt)
         SELECT id, :run_id, 'SENDING', attempts FROM claimed
+    ),
+    phones AS (
+        SELECT DISTINCT phone_hash FROM claimed WHERE phone_hash IS NOT NULL
+    ),
+    stored AS (
+        UPDATE recipients AS r SET last_used_at = now()
+        FROM phones WHERE r.phone_hash = phones.phone_hash
+        RETURNING r.phone_hash, r.phone_encrypted
     )
-    SELECT * FROM claimed ORDER BY next_attempt_at, id
+    SELECT 'quota' AS kind, NULL::uuid AS id, NULL::uuid AS attempt_id,
+           NULL::text AS guide, NULL::text AS trigger, NULL::jsonb AS variables,
+           NULL::text AS phone_hash, NULL::integer AS attempts,
+           NULL::timestamptz AS next_attempt_at, allowance AS n, NULL::bytea AS phone_encrypted
+    FROM quota
+    UNION ALL
+    SELECT 'action', id, attempt_id, guide, trigger, variables, phone_hash, attempts,
+           next_attempt_at, NULL, NULL
+    FROM claimed
+    UNION ALL
+    SELECT 'phone', NULL, NULL, NULL, NULL, NULL, phones.phone_hash, NULL, NULL, used.n, NULL
+    FROM phones CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM actions
+        WHERE {_QUOTA} AND send_day = {_TODAY} AND phone_hash = phones.phone_hash
+    ) AS used
+    WHERE used.n > 0
+    UNION ALL
+    SELECT 'guide', NULL, NULL, guides.guide, used.trigger, NULL, NULL, NULL, NULL, used.n,
+           NULL
+    FROM (SELECT DISTINCT guide FROM claimed) AS guides CROSS JOIN LATERAL (
+        SELECT trigger, count(*) AS n FROM actions
+        WHERE {_QUOTA} AND send_day = {_TODAY} AND guide = guides.guide
+        GROUP BY trigger
+    ) AS used
+    UNION ALL
+    SELECT 'opt_out', NULL, NULL, NULL, NULL, NULL, phone_hash, NULL, NULL, 1, NULL
+    FROM opt_outs WHERE phone_hash IN (SELECT phone_hash FROM phones)
+    UNION ALL
+    SELECT 'recipient', NULL, NULL, NULL, NULL, NULL, phone_hash, NULL, NULL, NULL,
+           phone_encrypted
+    FROM stored
     """
 )
 
@@ -207,15 +285,6 @@ RULE_FACTS = text(
     SELECT 'opt_out', phone_hash, NULL, 1
     FROM opt_outs
     WHERE phone_hash = ANY(CAST(:hashes AS text[]))
-    """
-)
-
-# Encrypted phones of a batch; touching last_used_at restarts their retention clock.
-FETCH_RECIPIENTS = text(
-    """
-    UPDATE recipients SET last_used_at = now()
-    WHERE phone_hash = ANY(CAST(:hashes AS text[]))
-    RETURNING phone_hash, phone_encrypted
     """
 )
 

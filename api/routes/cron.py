@@ -13,7 +13,9 @@ from executor.run import run_executor
 router = APIRouter()
 
 
-@router.api_route("/api/cron/run-executor", methods=["GET", "POST"])
+# One route per method: a GET+POST api_route gives both the same OpenAPI operationId.
+@router.get("/api/cron/run-executor", operation_id="run_executor_get")
+@router.post("/api/cron/run-executor", operation_id="run_executor_post")
 async def run_executor_route(
     _: CronAuth,
     engine: EngineDep,
