@@ -49,6 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md (quick too)")
     parser.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
     parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite BENCHMARKS.md from the stored figures (bench/results.json)",
+    )
+    parser.add_argument(
         "--save-baseline",
         action="store_true",
         help=f"record this run as the 'before' column ({BASELINE_PATH.name})",
@@ -58,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+
+    if args.render:
+        write_markdown([], load_baseline(), quick=False, total_seconds=None)
+        print(f"wrote {MARKDOWN_PATH.name}")
+        return 0
 
     quiet_logging()
     results: list[BenchResult] = []
@@ -80,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for note in result.notes:
             print(f"    {note}", flush=True)
 
-    baseline = load_baseline()
+    # The baseline was measured at full sizes: quick figures are not comparable with it.
+    baseline = {} if args.quick else load_baseline()
     print()
     print_table(results, baseline)
     total = time.monotonic() - started

@@ -43,7 +43,7 @@ async def measure(*, actions: int, latency_ms: int, concurrency: int, repeats: i
 
 async def run(quick: bool) -> BenchResult:
     actions, latency_ms, concurrency = (30, 100, 5) if quick else (100, 200, 5)
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 5
     durations = await measure(
         actions=actions, latency_ms=latency_ms, concurrency=concurrency, repeats=repeats
     )

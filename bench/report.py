@@ -83,6 +83,8 @@ def _merge(results: list[BenchResult]) -> list[BenchResult]:
     stored: dict[str, Any] = {}
     if RESULTS_PATH.exists():
         stored = json.loads(RESULTS_PATH.read_text())
+    if not results:
+        return _stored_results(stored)
     for result in results:
         stored[result.name] = {
             "title": result.title,
@@ -92,6 +94,10 @@ def _merge(results: list[BenchResult]) -> list[BenchResult]:
             "metrics": [asdict(m) for m in result.metrics],
         }
     RESULTS_PATH.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+    return _stored_results(stored)
+
+
+def _stored_results(stored: dict[str, Any]) -> list[BenchResult]:
     from bench.__main__ import BENCHMARKS
 
     merged = []
@@ -134,7 +140,7 @@ def write_markdown(
     baseline: dict[str, float | None],
     *,
     quick: bool,
-    total_seconds: float,
+    total_seconds: float | None,
 ) -> None:
     merged = _merge(results)
     lines = [
@@ -146,9 +152,9 @@ def write_markdown(
         "measurement, before the fast-path work (`bench/baseline.json`); `after` is the last",
         "run of each benchmark (`bench/results.json`).",
         "",
-        f"Machine: {_machine()}. Last run: {_now()}"
+        f"Machine: {_machine()}. Rendered {_now()}"
         + (" (quick sizes)" if quick else "")
-        + f", {total_seconds:.0f}s.",
+        + (f", last run {total_seconds:.0f}s." if total_seconds is not None else "."),
         "",
         "| benchmark | figure | before | after | goal | met |",
         "|---|---|---|---|---|---|",

@@ -1,12 +1,13 @@
 """4. Scaling with history: the same work over a small and a large history.
 
-One database grows in steps (history generated in SQL by bench/history.py, then VACUUM
-ANALYZE). A run with 20 due actions (zero-latency sandbox, concurrency 5, median of several
-runs) over 1 k vs 1 M old actions: goal ratio <= 1.2. ``GET /api/admin/executor-status``
-(in-process ASGI client, sequential requests) with 10 k vs 1 M actions in the last 30 days:
-goal p50 ratio <= 1.5 and p95 < 100 ms at 1 M. The access paths of the claim, the run's per-run
-queries and the metrics queries are printed from EXPLAIN at the large size; a Seq Scan on
-``actions`` / ``action_events`` is flagged.
+Three databases get their history generated in SQL (bench/history.py, then VACUUM ANALYZE):
+1 k and 10 k actions (the small sides) and 1 M; measurements alternate between the sizes, so
+the machine's load drifts over both alike. A run with 20 due actions (zero-latency sandbox,
+concurrency 5, median of several runs) over 1 k vs 1 M old actions: goal ratio <= 1.2.
+``GET /api/admin/executor-status`` (in-process ASGI client, sequential requests) with 10 k vs
+1 M actions in the last 30 days: goal p50 ratio <= 1.5 and p95 < 100 ms at 1 M. The access
+paths of the claim, the run's per-run queries and the metrics queries are printed from EXPLAIN
+at the large size; a Seq Scan on ``actions`` / ``action_events`` is flagged.
 """
 
 from __future__ import annotations
@@ -33,41 +34,44 @@ TITLE = "Scaling with history (run: 1 k vs 1 M; status route: 10 k vs 1 M)"
 DUE = 20
 
 
-async def _runs(engine, settings, repeats: int, tag: str) -> list[float]:
+async def _run_once(engine, settings, tag: str) -> float:
     from executor.run import run_executor
 
-    durations = []
-    for rep in range(repeats):
-        await enqueue_due(engine, settings, DUE, prefix=f"SC{tag}{rep}-")
+    await enqueue_due(engine, settings, DUE, prefix=f"SC{tag}-")
+    started = time.perf_counter()
+    result = await run_executor(engine, settings)
+    elapsed = time.perf_counter() - started
+    assert result.counters.sent == DUE, result.to_json()
+    return elapsed
+
+
+class _StatusClient:
+    """An in-process app over one database, answering GET /api/admin/executor-status."""
+
+    def __init__(self, settings) -> None:
+        import httpx
+
+        from api.app import create_app
+        from bench.common import quiet_logging
+        from executor.runtime import Runtime
+
+        self.app = create_app(Runtime(settings))
+        quiet_logging()  # create_app configured logging to stderr
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url="http://bench"
+        )
+        self.headers = {"Authorization": f"Bearer {ADMIN_SECRET}"}
+
+    async def get(self) -> float:
         started = time.perf_counter()
-        result = await run_executor(engine, settings)
-        durations.append(time.perf_counter() - started)
-        assert result.counters.sent == DUE, result.to_json()
-    return durations
+        response = await self.client.get("/api/admin/executor-status", headers=self.headers)
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 200, response.text[:300]
+        return elapsed
 
-
-async def _status_latencies(settings, requests: int) -> list[float]:
-    import httpx
-
-    from api.app import create_app
-    from bench.common import quiet_logging
-    from executor.runtime import Runtime
-
-    app = create_app(Runtime(settings))
-    quiet_logging()  # create_app configured logging to stderr
-    headers = {"Authorization": f"Bearer {ADMIN_SECRET}"}
-    latencies = []
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-        for n in range(requests + 3):
-            started = time.perf_counter()
-            response = await client.get("/api/admin/executor-status", headers=headers)
-            elapsed = time.perf_counter() - started
-            assert response.status_code == 200, response.text[:300]
-            if n >= 3:  # warm-up: first connection, schema check
-                latencies.append(elapsed)
-    await app.state.runtime.aclose()
-    return latencies
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.app.state.runtime.aclose()
 
 
 async def run(quick: bool) -> BenchResult:
@@ -77,29 +81,52 @@ async def run(quick: bool) -> BenchResult:
     if quick:
         run_small, status_small, large, repeats, requests = 500, 2_000, 20_000, 2, 10
     else:
-        run_small, status_small, large, repeats, requests = 1_000, 10_000, 1_000_000, 5, 40
+        run_small, status_small, large, repeats, requests = 1_000, 10_000, 1_000_000, 7, 40
     result = BenchResult(NAME, TITLE)
+    # Three databases: the run's small history, the status route's small history, the large
+    # one. Measurements alternate between sizes, so the machine's load drifts over both alike.
     with (
-        fresh_database("bench_scale") as url,
+        fresh_database("bench_scale_run") as run_url,
+        fresh_database("bench_scale_status") as status_url,
+        fresh_database("bench_scale_large") as large_url,
         start_sandbox(latency_ms=0, api_key=API_KEY, device_id=DEVICE_ID) as sandbox,
     ):
-        settings = bench_settings(url, sandbox.url)
-        engine = create_async_db_engine(url)
+        t0 = time.perf_counter()
+        grow_history(run_url, 1, run_small)
+        grow_history(status_url, 1, status_small)
+        t1 = time.perf_counter()
+        grow_history(large_url, 1, large)
+        generated = time.perf_counter() - t1
+        small_settings = bench_settings(run_url, sandbox.url)
+        large_settings = bench_settings(large_url, sandbox.url)
+        small_engine = create_async_db_engine(run_url)
+        large_engine = create_async_db_engine(large_url)
+        small_status = _StatusClient(bench_settings(status_url, sandbox.url))
+        large_status = _StatusClient(large_settings)
+        run_small_s: list[float] = []
+        run_large_s: list[float] = []
+        status_small_s: list[float] = []
+        status_large_s: list[float] = []
         try:
-            t0 = time.perf_counter()
-            grow_history(url, 1, run_small)
-            run_small_s = await _runs(engine, settings, repeats, "a")
-            grow_history(url, run_small + 1, status_small)
-            status_small_s = await _status_latencies(settings, requests)
-            t1 = time.perf_counter()
-            grow_history(url, status_small + 1, large)
-            generated = time.perf_counter() - t1
-            run_large_s = await _runs(engine, settings, repeats, "b")
-            status_large_s = await _status_latencies(settings, requests)
-            plans = await explain_all(engine, settings)
+            for rep in range(repeats + 1):  # the first pair warms both up
+                small = await _run_once(small_engine, small_settings, f"a{rep}")
+                big = await _run_once(large_engine, large_settings, f"b{rep}")
+                if rep:
+                    run_small_s.append(small)
+                    run_large_s.append(big)
+            for n in range(requests + 3):
+                small = await small_status.get()
+                big = await large_status.get()
+                if n >= 3:  # warm-up: first connection, schema check
+                    status_small_s.append(small)
+                    status_large_s.append(big)
+            plans = await explain_all(large_engine, large_settings)
             total = time.perf_counter() - t0
         finally:
-            await engine.dispose()
+            await small_status.close()
+            await large_status.close()
+            await small_engine.dispose()
+            await large_engine.dispose()
 
     run_ratio = median(run_large_s) / median(run_small_s)
     small_p50, large_p50 = median(status_small_s), median(status_large_s)
@@ -155,7 +182,8 @@ async def run(quick: bool) -> BenchResult:
     )
     result.notes.append(
         f"history {k} actions (+ events, runs) generated in {generated:.0f}s; "
-        f"{repeats} runs per size, {requests} status requests per size; total {total:.0f}s"
+        f"{repeats} runs per size, {requests} status requests per size, alternating; "
+        f"total {total:.0f}s"
     )
     for name, paths in plans.items():
         result.notes.append(f"plan {name}: " + "; ".join(paths))

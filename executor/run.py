@@ -177,6 +177,7 @@ class _Claimed:
     variables: Mapping[str, Any]
     phone_hash: str | None
     attempts: int
+    next_attempt_at: datetime
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> _Claimed:
@@ -189,6 +190,7 @@ class _Claimed:
             variables=variables,
             phone_hash=row.phone_hash,
             attempts=row.attempts,
+            next_attempt_at=row.next_attempt_at,
         )
 
 
@@ -514,12 +516,17 @@ class _Pipeline:
         """
         claimed: list[_Claimed] = []
         try:
-            return await self._claim_in_tx(breaker, free_slots, claimed)
+            permit, claimed, sends, exhausted = await self._claim_in_tx(
+                breaker, free_slots, claimed
+            )
         except BaseException:
             # The claim rolled back with its transaction: nothing of it is ours to release.
             for action in claimed:
                 self.unsent.pop(action.id, None)
             raise
+        if claimed:  # committed: the next claim reads the due index after the last one
+            self._claimed_up_to = (claimed[-1].next_attempt_at, claimed[-1].id)
+        return permit, claimed, sends, exhausted
 
     async def _claim_in_tx(
         self, breaker: CircuitBreaker, free_slots: int, claimed: list[_Claimed]
@@ -563,8 +570,6 @@ class _Pipeline:
                     facts.append((row.kind, row.phone_hash, None, int(row.n)))
             actions.sort(key=lambda row: (row.next_attempt_at, row.id))  # oldest due first
             claimed.extend(_Claimed.from_row(row) for row in actions)
-            if actions:
-                self._claimed_up_to = (actions[-1].next_attempt_at, actions[-1].id)
             if not claimed:
                 return permit, [], [], allowance <= 0
             log.info("run.claimed", count=len(claimed), allowance=allowance)
