@@ -89,7 +89,7 @@ async def _one(sandbox_url: str, count: int) -> dict[str, float]:
 
 
 async def run(quick: bool) -> BenchResult:
-    big = 1_000 if quick else 10_000
+    big = 500 if quick else 10_000
     result = BenchResult(NAME, TITLE)
     with sandbox_process(latency_ms=0) as sandbox_url:
         small_run = await _one(sandbox_url, 100)
