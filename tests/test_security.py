@@ -193,6 +193,7 @@ def test_every_wrong_credential_gets_the_same_401(
 @pytest.mark.parametrize(
     ("cron_secret", "admin_secret"),
     [(None, None), ("", None), ("fifteen-chars-x", None), (TEST_CRON_SECRET, "short-admin")],
+    ids=["unset", "empty", "15-chars", "short-admin-secret"],
 )
 def test_unset_or_short_secret_refuses_every_route(
     cron_secret: str | None, admin_secret: str | None
