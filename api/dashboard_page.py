@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from executor.metrics import DAY_LABELS, METRIC_LABELS
+
 # Sent with every dashboard response (page, login form, error page).
 SECURITY_HEADERS: dict[str, str] = {
     "Content-Security-Policy": (
@@ -270,32 +272,6 @@ def render_chart(hourly: Sequence[Mapping[str, Any]], tz_name: Any = None) -> st
     return "".join(parts) + legend
 
 
-_METRIC_CARDS: tuple[tuple[str, str], ...] = (
-    ("runs", "Runs"),
-    ("sent", "Sent"),
-    ("failed4xx", "Failed 4xx"),
-    ("failed5xx", "Failed 5xx"),
-    ("failedPrecheck", "Failed pre-check"),
-    ("unknown", "Unknown outcome"),
-    ("skippedDuplicate", "Skipped: duplicate"),
-    ("skippedRateLimit", "Skipped: rate limit"),
-    ("skippedPilot", "Skipped: pilot scope"),
-    ("skippedOptOut", "Skipped: opt-out"),
-    ("wouldSend", "Would send (dry runs)"),
-    ("avgDurationMs", "Avg run duration (ms)"),
-)
-
-_DAY_ROWS: tuple[tuple[str, str], ...] = (
-    ("runs", "Runs"),
-    ("sent", "Sent"),
-    ("failed4xx", "Failed 4xx"),
-    ("failed5xx", "Failed 5xx"),
-    ("failedPrecheck", "Failed pre-check"),
-    ("unknown", "Unknown"),
-    ("skippedDuplicate", "Skipped: duplicate"),
-    ("skippedRateLimit", "Skipped: rate limit"),
-)
-
 _RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("planned", "Planned"),
     ("sent", "Sent"),
@@ -322,7 +298,7 @@ def _metrics_section(metrics: Mapping[str, Any]) -> str:
         )
     ]
     cards += [
-        _card(label, metric(f"metrics24h.{key}", metrics.get(key))) for key, label in _METRIC_CARDS
+        _card(label, metric(f"metrics24h.{key}", metrics.get(key))) for key, label in METRIC_LABELS
     ]
     period = (
         f'<p class="muted">From {metric("metrics24h.periodStart", metrics.get("periodStart"))}'
@@ -341,7 +317,7 @@ def _days_section(status: Mapping[str, Any]) -> str:
         f'<th class="num">Yesterday {metric("yesterday.date", yesterday.get("date"))}</th>'
         '<th class="num">Δ</th></tr>'
     ]
-    for key, label in _DAY_ROWS:
+    for key, label in DAY_LABELS:
         rows.append(
             f"<tr><td>{esc(label)}</td>"
             f'<td class="num">{metric(f"today.{key}", today.get(key))}</td>'

@@ -603,3 +603,31 @@ async def audit_trail(engine: AsyncEngine, guide: str) -> dict[str, Any]:
         "guide": guide,
         "actions": [_audit_action_json(row, events[row["id"]]) for row in actions],
     }
+
+
+# Operator labels of the metrics24h and today/yesterday figures, shared by the dashboard and
+# `executor status` so both say the same thing.
+METRIC_LABELS: tuple[tuple[str, str], ...] = (
+    ("runs", "Runs"),
+    ("sent", "Sent"),
+    ("failed4xx", "Failed 4xx"),
+    ("failed5xx", "Failed 5xx"),
+    ("failedPrecheck", "Failed pre-check"),
+    ("unknown", "Unknown outcome"),
+    ("skippedDuplicate", "Skipped: duplicate"),
+    ("skippedRateLimit", "Skipped: rate limit"),
+    ("skippedPilot", "Skipped: pilot scope"),
+    ("skippedOptOut", "Skipped: opt-out"),
+    ("wouldSend", "Would send (dry runs)"),
+    ("avgDurationMs", "Avg run duration (ms)"),
+)
+DAY_LABELS: tuple[tuple[str, str], ...] = (
+    ("runs", "Runs"),
+    ("sent", "Sent"),
+    ("failed4xx", "Failed 4xx"),
+    ("failed5xx", "Failed 5xx"),
+    ("failedPrecheck", "Failed pre-check"),
+    ("unknown", "Unknown"),
+    ("skippedDuplicate", "Skipped: duplicate"),
+    ("skippedRateLimit", "Skipped: rate limit"),
+)

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from executor.config import Settings
 from executor.db import check_schema, create_async_db_engine, resolve_database_url
-from executor.metrics import executor_status
+from executor.metrics import DAY_LABELS, METRIC_LABELS, executor_status
 
 EXIT_OK = 0
 EXIT_ATTENTION = 1
@@ -74,32 +74,6 @@ def _kv_table(title: str, rows: list[tuple[str, str | Text]]) -> Table:
     return table
 
 
-_METRIC_ROWS = (
-    ("runs", "Runs"),
-    ("sent", "Sent"),
-    ("failed4xx", "Failed 4xx"),
-    ("failed5xx", "Failed 5xx"),
-    ("failedPrecheck", "Failed pre-check"),
-    ("unknown", "Unknown outcome"),
-    ("skippedDuplicate", "Skipped: duplicate"),
-    ("skippedRateLimit", "Skipped: rate limit"),
-    ("skippedPilot", "Skipped: pilot scope"),
-    ("skippedOptOut", "Skipped: opt-out"),
-    ("wouldSend", "Would send (dry runs)"),
-    ("avgDurationMs", "Avg run duration (ms)"),
-)
-
-_DAY_ROWS = (
-    ("runs", "Runs"),
-    ("sent", "Sent"),
-    ("failed4xx", "Failed 4xx"),
-    ("failed5xx", "Failed 5xx"),
-    ("failedPrecheck", "Failed pre-check"),
-    ("unknown", "Unknown"),
-    ("skippedDuplicate", "Skipped: duplicate"),
-    ("skippedRateLimit", "Skipped: rate limit"),
-)
-
 # Recent runs in a terminal: the counters grouped so the table fits 80-100 columns; the
 # dashboard and the JSON have every counter.
 _RUN_COLUMNS: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -153,7 +127,7 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     rows: list[tuple[str, str | Text]] = [
         ("Success rate", _fmt(metrics.get("successRate"), percent=True))
     ]
-    rows += [(label, _fmt(metrics.get(key))) for key, label in _METRIC_ROWS]
+    rows += [(label, _fmt(metrics.get(key))) for key, label in METRIC_LABELS]
     console.print(
         f"Last 24 h: {_short_time(metrics.get('periodStart'))}"
         f" → {_short_time(metrics.get('periodEnd'))} UTC (runs started in the window)"
@@ -166,7 +140,7 @@ def render_status(status: Mapping[str, Any], console: Console) -> None:
     days.add_column(f"today {today.get('date')}", justify="right")
     days.add_column(f"yesterday {yesterday.get('date')}", justify="right")
     days.add_column("delta", justify="right")
-    for key, label in _DAY_ROWS:
+    for key, label in DAY_LABELS:
         days.add_row(
             label,
             _fmt(today.get(key)),
